@@ -1,0 +1,244 @@
+#include "handler_pool.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <system_error>
+
+namespace taskvent::worker::detail {
+
+struct handler_pool::shared_state {
+    shared_state(handler h_in, std::chrono::milliseconds timeout)
+        : h(std::move(h_in)), task_timeout(timeout) {
+        efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (efd < 0) {
+            throw std::system_error(errno, std::generic_category(), "eventfd");
+        }
+    }
+    // Destroyed by the last owner, which may be a detached stuck thread: the eventfd must
+    // outlive every thread that could still post to it.
+    ~shared_state() { ::close(efd); }
+
+    void signal() const noexcept {
+        const std::uint64_t one = 1;
+        (void)!::write(efd, &one, sizeof one);
+    }
+
+    void post(pool_event ev) {
+        bool was_empty = false;
+        {
+            std::lock_guard lock(events_mutex);
+            was_empty = events.empty();
+            events.push_back(std::move(ev));
+        }
+        // The I/O thread clears the eventfd before it takes the vector, so one signal per
+        // empty -> non-empty transition is enough and saves a syscall per event.
+        if (was_empty) {
+            signal();
+        }
+    }
+
+    const handler h;
+    const std::chrono::milliseconds task_timeout;
+    int efd = -1;
+
+    std::mutex queue_mutex;
+    std::condition_variable queue_cv;
+    std::deque<std::shared_ptr<task_run>> queue;
+    bool stopping = false;
+
+    std::mutex events_mutex;
+    std::vector<pool_event> events;
+
+    std::atomic<std::size_t> stuck{0};
+    std::mutex live_mutex;
+    std::condition_variable live_cv;
+    std::size_t live = 0;
+};
+
+namespace {
+
+handler_result invoke(const handler& h, const task_context& ctx) {
+    try {
+        return h(ctx);
+    } catch (const std::exception& e) {
+        return handler_result::retry(e.what());
+    } catch (...) {
+        return handler_result::retry("handler threw an exception not derived from std::exception");
+    }
+}
+
+}  // namespace
+
+handler_pool::handler_pool(handler h, std::chrono::milliseconds task_timeout)
+    : state_(std::make_shared<shared_state>(std::move(h), task_timeout)) {}
+
+handler_pool::~handler_pool() {
+    stop(std::chrono::milliseconds(0));
+}
+
+void handler_pool::start(std::size_t threads) {
+    for (std::size_t i = 0; i < threads; ++i) {
+        spawn();
+    }
+}
+
+int handler_pool::event_fd() const noexcept {
+    return state_->efd;
+}
+
+void handler_pool::wake() noexcept {
+    state_->signal();
+}
+
+void handler_pool::push(std::shared_ptr<task_run> run) {
+    {
+        std::lock_guard lock(state_->queue_mutex);
+        state_->queue.push_back(std::move(run));
+    }
+    state_->queue_cv.notify_one();
+}
+
+std::vector<std::shared_ptr<task_run>> handler_pool::take_queued() {
+    std::lock_guard lock(state_->queue_mutex);
+    std::vector<std::shared_ptr<task_run>> out(std::make_move_iterator(state_->queue.begin()),
+                                               std::make_move_iterator(state_->queue.end()));
+    state_->queue.clear();
+    return out;
+}
+
+std::vector<pool_event> handler_pool::take_events() {
+    std::uint64_t count = 0;
+    (void)!::read(state_->efd, &count, sizeof count);
+    std::vector<pool_event> out;
+    std::lock_guard lock(state_->events_mutex);
+    out.swap(state_->events);
+    return out;
+}
+
+bool handler_pool::abandon(task_run& run, bool replace) {
+    auto expected = run_phase::running;
+    if (!run.phase.compare_exchange_strong(expected, run_phase::abandoned)) {
+        return false;
+    }
+    state_->stuck.fetch_add(1);
+    run.cancel.cancel();
+    if (replace) {
+        spawn();
+    }
+    return true;
+}
+
+std::size_t handler_pool::stuck() const noexcept {
+    return state_->stuck.load();
+}
+
+void handler_pool::spawn() {
+    auto finished = std::make_shared<std::atomic<bool>>(false);
+    {
+        std::lock_guard lock(state_->live_mutex);
+        ++state_->live;
+    }
+    auto body = [state = state_, finished] {
+        for (;;) {
+            std::shared_ptr<task_run> run;
+            {
+                std::unique_lock lock(state->queue_mutex);
+                state->queue_cv.wait(lock,
+                                     [&] { return state->stopping || !state->queue.empty(); });
+                if (state->stopping) {
+                    break;
+                }
+                run = std::move(state->queue.front());
+                state->queue.pop_front();
+                // Under the queue lock: take_queued() sees a task either queued or started.
+                run->phase.store(run_phase::running);
+            }
+
+            const auto started = std::chrono::steady_clock::now();
+            const auto deadline = state->task_timeout.count() > 0
+                                      ? started + state->task_timeout
+                                      : std::chrono::steady_clock::time_point::max();
+            pool_event started_ev;
+            started_ev.what = pool_event::kind::started;
+            started_ev.run = run;
+            started_ev.deadline = deadline;
+            state->post(std::move(started_ev));
+
+            const task_context ctx{.id = run->item.id,
+                                   .attempt = run->item.attempt,
+                                   .key = run->item.key,
+                                   .payload = run->item.payload,
+                                   .deadline = deadline,
+                                   .cancel = &run->cancel};
+            auto result = invoke(state->h, ctx);
+            const auto elapsed = std::chrono::steady_clock::now() - started;
+
+            auto expected = run_phase::running;
+            if (!run->phase.compare_exchange_strong(expected, run_phase::completed)) {
+                // Abandoned: the failure was reported and a replacement took this slot.
+                state->stuck.fetch_sub(1);
+                break;
+            }
+            pool_event finished_ev;
+            finished_ev.what = pool_event::kind::finished;
+            finished_ev.run = std::move(run);
+            finished_ev.elapsed = elapsed;
+            finished_ev.result.emplace(std::move(result));
+            state->post(std::move(finished_ev));
+        }
+        finished->store(true);
+        {
+            std::lock_guard lock(state->live_mutex);
+            --state->live;
+        }
+        state->live_cv.notify_all();
+    };
+
+    // Termination signals must reach the I/O thread (its poll returns EINTR and it starts
+    // draining), so handler threads start with them blocked.
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    std::thread t(std::move(body));
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    pthread_setname_np(t.native_handle(), "tv-handler");
+    threads_.push_back({std::move(t), std::move(finished)});
+}
+
+void handler_pool::stop(std::chrono::milliseconds grace) {
+    {
+        std::lock_guard lock(state_->queue_mutex);
+        state_->stopping = true;
+    }
+    state_->queue_cv.notify_all();
+    {
+        // Idle threads leave within microseconds; only stuck handlers use up the grace.
+        constexpr auto idle_exit = std::chrono::milliseconds(500);
+        std::unique_lock lock(state_->live_mutex);
+        state_->live_cv.wait_for(lock, grace, [&] { return state_->live == 0; });
+        state_->live_cv.wait_for(
+            lock, idle_exit, [&] { return state_->live <= state_->stuck.load(); });
+    }
+    for (auto& slot : threads_) {
+        if (!slot.thread.joinable()) {
+            continue;
+        }
+        if (slot.finished->load()) {
+            slot.thread.join();
+        } else {
+            slot.thread.detach();
+        }
+    }
+    threads_.clear();
+}
+
+}  // namespace taskvent::worker::detail
