@@ -41,7 +41,9 @@ readonly concurrency="${TASKVENT_E2E_CONCURRENCY:-2}"
 readonly workers_start="${TASKVENT_E2E_WORKERS:-3}"
 readonly workers_up="${TASKVENT_E2E_SCALE_UP:-8}"
 readonly workers_down="${TASKVENT_E2E_SCALE_DOWN:-2}"
-readonly restart_ventilator="${TASKVENT_E2E_RESTART_VENTILATOR:-auto}"
+# TODO(#5): default to auto once the restart step has been seen passing with the journal
+# on a real engine; until then it runs only when asked for (TASKVENT_E2E_RESTART_VENTILATOR=auto).
+readonly restart_ventilator="${TASKVENT_E2E_RESTART_VENTILATOR:-0}"
 readonly timeout_s="${TASKVENT_E2E_TIMEOUT_S:-600}"
 readonly build_jobs="${TASKVENT_E2E_BUILD_JOBS:-2}"
 readonly base_tar="${TASKVENT_E2E_BASE_TAR:-}"
