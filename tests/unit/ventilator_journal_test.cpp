@@ -182,6 +182,27 @@ TEST_F(journal_fixture, compaction_keeps_exactly_the_live_tasks_and_the_keys) {
     EXPECT_EQ(restored.gauges().queued, 100u) << "99 restored and the fresh one";
 }
 
+TEST_F(journal_fixture, a_compacted_journal_still_knows_the_highest_id_ever_accepted) {
+    {
+        journal j(path_, epoch);
+        j.append_accept(make_id(41), "", "p", 1);
+        j.append_accept(make_id(42), "", "p", 1);
+        ASSERT_FALSE(j.commit());
+        // Both finished and keyless: the rewrite keeps no task and no key.
+        ASSERT_FALSE(j.rewrite([](const journal::writer&) {}));
+    }
+    EXPECT_EQ(journal::replay(path_).max_seq, 42u)
+        << "ids 41 and 42 must never be handed out again";
+}
+
+TEST_F(journal_fixture, finished_ids_alone_count_as_pending_work) {
+    journal j(path_, epoch);
+    j.append_accept(make_id(1), "", "p", 1);
+    ASSERT_FALSE(j.commit());
+    j.append_done(make_id(1));
+    EXPECT_TRUE(j.has_pending());
+}
+
 TEST(crc32c, matches_the_standard_check_value) {
     EXPECT_EQ(crc32c("123456789"), 0xE3069283u);
 }

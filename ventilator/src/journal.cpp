@@ -15,7 +15,7 @@
 namespace taskvent::ventilator {
 namespace {
 
-enum class record_type : std::uint8_t { epoch = 1, accept = 2, done = 3, key = 4 };
+enum class record_type : std::uint8_t { epoch = 1, accept = 2, done = 3, key = 4, seq_mark = 5 };
 
 constexpr std::size_t frame_header = 8;  // length + crc
 constexpr std::uint32_t max_record = 64u * 1024 * 1024;
@@ -233,6 +233,9 @@ replay_result journal::replay(const std::string& path) {
                     }
                     break;
                 }
+                case record_type::seq_mark:
+                    out.max_seq = std::max(out.max_seq, r.get<std::uint64_t>());
+                    break;
                 case record_type::key: {
                     const task_id id{r.get<std::uint64_t>()};
                     out.finished_keys.emplace_back(r.bytes(), id);
@@ -290,6 +293,7 @@ void journal::append_accept(task_id id,
                             std::string_view key,
                             std::string_view payload,
                             std::int64_t submitted_ns) {
+    note_seq(id.value & seq_mask);
     const auto start = begin_record(buffer_, record_type::accept);
     put<std::uint64_t>(buffer_, id.value);
     put<std::int64_t>(buffer_, submitted_ns);
@@ -355,6 +359,9 @@ std::error_code journal::rewrite(const std::function<void(const writer&)>& emit)
     };
     auto start = begin_record(buf, record_type::epoch);
     put<std::uint32_t>(buf, epoch_);
+    seal(buf, start);
+    start = begin_record(buf, record_type::seq_mark);
+    put<std::uint64_t>(buf, max_seq_);
     seal(buf, start);
     writer w;
     w.accept = [&](task_id id, std::string_view key, std::string_view payload, std::int64_t ns) {

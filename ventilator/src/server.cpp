@@ -135,6 +135,7 @@ void server::open_journal() {
                    replayed_.truncated_bytes);
     }
     journal_ = std::make_unique<journal>(cfg_.journal_path, cfg_.table.epoch);
+    journal_->note_seq(replayed_.max_seq);
     compact_at_bytes_ = std::max(cfg_.journal_compact_bytes, 2 * journal_->size_bytes());
     log_->info(
         "journal replayed path={} records={} requeued={} finished_keys={} bytes={} ms={:.1f}",

@@ -11,6 +11,7 @@
 // means a finished task runs again, and the sink drops the duplicate.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -67,7 +68,8 @@ class journal {
                        std::int64_t submitted_ns);
     void append_done(task_id id);
 
-    bool has_pending() const noexcept { return !buffer_.empty(); }
+    bool has_pending() const noexcept { return !buffer_.empty() || !done_.empty(); }
+    void note_seq(std::uint64_t seq) noexcept { max_seq_ = std::max(max_seq_, seq); }
     /// Writes what is buffered and makes it durable. On failure nothing buffered is lost
     /// from memory, and the caller must not acknowledge what it held.
     std::error_code commit();
@@ -93,6 +95,7 @@ class journal {
     int fd_ = -1;
     std::uint64_t size_ = 0;
     std::string buffer_;
+    std::uint64_t max_seq_ = 0;
     std::vector<std::uint64_t> done_;  ///< done ids not yet framed into the buffer
 };
 
