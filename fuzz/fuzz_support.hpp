@@ -20,6 +20,7 @@
 #include <system_error>
 
 #include "taskvent/log.hpp"
+#include "taskvent/temp_dir.hpp"
 
 namespace taskvent::fuzz {
 
@@ -52,12 +53,11 @@ inline void quiet_logs() {
 class scratch_file {
   public:
     scratch_file(std::string_view target, std::string_view file_name) {
-        auto pattern =
-            (base_directory() / ("taskvent-" + std::string(target) + "-XXXXXX")).string();
-        if (::mkdtemp(pattern.data()) == nullptr) {
-            fail("scratch directory can be created", pattern + ": " + std::strerror(errno));
+        try {
+            dir_ = make_temp_dir("taskvent-" + std::string(target), base_directory());
+        } catch (const std::system_error& e) {
+            fail("scratch directory can be created", e.what());
         }
-        dir_ = pattern;
         path_ = (dir_ / file_name).string();
     }
 

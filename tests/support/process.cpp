@@ -1,5 +1,7 @@
 #include "process.hpp"
 
+#include "taskvent/temp_dir.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -98,14 +100,7 @@ temp_dir::temp_dir() {
     if (const auto* info = ::testing::UnitTest::GetInstance()->current_test_info()) {
         stem += "-" + sanitize(std::string(info->test_suite_name()) + "." + info->name());
     }
-    const char* base = std::getenv("TMPDIR");
-    auto pattern = (std::filesystem::path(base != nullptr && *base != '\0' ? base : "/tmp") /
-                    (stem + "-XXXXXX"))
-                       .string();
-    if (::mkdtemp(pattern.data()) == nullptr) {
-        throw std::system_error(errno, std::generic_category(), "mkdtemp " + pattern);
-    }
-    path_ = pattern;
+    path_ = make_temp_dir(stem);
 }
 
 temp_dir::~temp_dir() {

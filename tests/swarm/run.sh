@@ -556,7 +556,7 @@ main() {
     if [[ "$(id -u)" != "0" ]]; then
         skip "needs root (Docker engine, swarm, debootstrap)"
     fi
-    workdir="$(mktemp -d /tmp/taskvent-swarm.XXXXXX)"
+    workdir="$(mktemp -d)"
     trap teardown EXIT
     trap 'exit 1' INT TERM
     log "work directory ${workdir}; ${tasks_total} tasks of ${task_ms} ms"

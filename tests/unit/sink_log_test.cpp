@@ -1,8 +1,10 @@
 // result_log: exactly one line per task id, durable before it is reported, and a file that
 // a restarted sink reads back into the same state.
 #include <gtest/gtest.h>
+
 #include <sys/resource.h>
 #include <nlohmann/json.hpp>
+#include "taskvent/temp_dir.hpp"
 
 #include <csignal>
 #include <cstdlib>
@@ -26,13 +28,7 @@ constexpr std::int64_t now_ns = 1'700'000'000'000'000'000;
 /// A directory under /tmp that is removed with everything in it when the test ends.
 class temp_dir {
   public:
-    temp_dir() {
-        std::string pattern = "/tmp/taskvent-sink-XXXXXX";
-        if (::mkdtemp(pattern.data()) == nullptr) {
-            throw std::runtime_error("mkdtemp failed");
-        }
-        path_ = pattern;
-    }
+    temp_dir() { path_ = taskvent::make_temp_dir("taskvent-sink"); }
     ~temp_dir() { std::filesystem::remove_all(path_); }
     std::string file(const std::string& name) const { return (path_ / name).string(); }
 

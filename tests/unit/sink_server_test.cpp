@@ -2,7 +2,9 @@
 // again, dead records from the ventilator are recorded, bad input is counted and dropped.
 // A fake ventilator (a ROUTER on loopback) plays the control side.
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
+#include "taskvent/temp_dir.hpp"
 
 #include <chrono>
 #include <cstdlib>
@@ -32,13 +34,7 @@ constexpr auto deadline = 10s;
 
 class temp_dir {
   public:
-    temp_dir() {
-        std::string pattern = "/tmp/taskvent-sink-XXXXXX";
-        if (::mkdtemp(pattern.data()) == nullptr) {
-            throw std::runtime_error("mkdtemp failed");
-        }
-        path_ = pattern;
-    }
+    temp_dir() { path_ = taskvent::make_temp_dir("taskvent-sink"); }
     ~temp_dir() { std::filesystem::remove_all(path_); }
     std::string file(const std::string& name) const { return (path_ / name).string(); }
 

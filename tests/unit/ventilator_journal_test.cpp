@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "taskvent/temp_dir.hpp"
 #include "taskvent/ventilator/journal.hpp"
 #include "taskvent/ventilator/task_table.hpp"
 
@@ -24,8 +25,7 @@ task_id make_id(std::uint64_t seq) {
 class journal_fixture : public ::testing::Test {
   protected:
     void SetUp() override {
-        char tmpl[] = "/tmp/taskvent-journal-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
+        dir_ = make_temp_dir("taskvent-journal");
         path_ = (dir_ / "journal").string();
     }
     void TearDown() override { fs::remove_all(dir_); }
