@@ -41,9 +41,7 @@ readonly concurrency="${TASKVENT_E2E_CONCURRENCY:-2}"
 readonly workers_start="${TASKVENT_E2E_WORKERS:-3}"
 readonly workers_up="${TASKVENT_E2E_SCALE_UP:-8}"
 readonly workers_down="${TASKVENT_E2E_SCALE_DOWN:-2}"
-# TODO(#5): default to auto once the restart step has been seen passing with the journal
-# on a real engine; until then it runs only when asked for (TASKVENT_E2E_RESTART_VENTILATOR=auto).
-readonly restart_ventilator="${TASKVENT_E2E_RESTART_VENTILATOR:-0}"
+readonly restart_ventilator="${TASKVENT_E2E_RESTART_VENTILATOR:-auto}"
 readonly timeout_s="${TASKVENT_E2E_TIMEOUT_S:-600}"
 readonly build_jobs="${TASKVENT_E2E_BUILD_JOBS:-2}"
 readonly base_tar="${TASKVENT_E2E_BASE_TAR:-}"
@@ -619,6 +617,8 @@ main() {
         "$at_up" "$at_kill" "$at_down" "$at_vent" "$before_wait"
     echo "== counts"
     echo "  check:      ${counts_line}"
+    # After a restart these are the new ventilator's counts; the old one's last words
+    # ("stopping ... reissued=N") are among the log lines below.
     echo "  ventilator: reissued=$(json_field "$status" reissued) returned=$(json_field "$status" returned)" \
         "workers_dead=$(json_field "$status" workers_dead) confirm_timeouts=$(json_field "$status" confirm_timeouts)" \
         "retried=$(json_field "$status" retried) dead=$(json_field "$status" dead)" \
