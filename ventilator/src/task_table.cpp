@@ -139,7 +139,7 @@ clock_duration task_table::backoff_for(std::uint32_t attempts) const {
 }
 
 void task_table::make_dead(std::uint64_t seq, task& t, std::string reason) {
-    t.error = std::move(reason);
+    errors_[seq] = std::move(reason);
     ++t.gen;
     set_state(t, state::dead_pending);
     records_due_.push_back(seq);
@@ -147,7 +147,6 @@ void task_table::make_dead(std::uint64_t seq, task& t, std::string reason) {
 }
 
 void task_table::finish(std::uint64_t seq, task& t) {
-    (void)seq;
     set_state(t, state::done);
     --live_;
     live_bytes_ -= t.key.size() + t.payload.size();
@@ -157,8 +156,10 @@ void task_table::finish(std::uint64_t seq, task& t) {
     }
     // Free the strings now: the slot stays until every older task is done too.
     std::string().swap(t.payload);
-    std::string().swap(t.error);
     std::string().swap(t.key);
+    if (!errors_.empty()) {
+        errors_.erase(seq);
+    }
     while (!tasks_.empty() && tasks_.front().st == state::done) {
         tasks_.pop_front();
         --in_state_[static_cast<int>(state::done)];
@@ -198,7 +199,7 @@ void task_table::remove_worker(worker_id w, removal why) {
                                   cfg_.max_attempts,
                                   name));
         } else {
-            t.error = fmt::format("worker {} died while running", name);
+            errors_[seq] = fmt::format("worker {} died while running", name);
             requeue_front(seq, t);
         }
     }
@@ -237,7 +238,7 @@ void task_table::on_failed(worker_id w, const protocol::failure& f) {
         make_dead(seq, *t, fmt::format("failed {} times, last: {}", t->attempts, f.reason));
         return;
     }
-    t->error = f.reason;
+    errors_[seq] = f.reason;
     ++t->gen;
     set_state(*t, state::backoff);
     backoff_timers_.push({clock_.now() + backoff_for(t->attempts), seq, t->gen});
@@ -468,7 +469,7 @@ std::vector<protocol::result_item> task_table::take_records() {
                        t.attempts,
                        protocol::outcome::dead,
                        t.key,
-                       t.error,
+                       errors_[seq],
                        t.submitted_ns,
                        wall_clock_ns(),
                        "ventilator"});

@@ -159,7 +159,6 @@ class task_table {
     struct task {
         std::string key;
         std::string payload;
-        std::string error;  ///< last failure reason; the reason of a dead record
         std::int64_t submitted_ns = 0;
         std::uint32_t attempts = 0;  ///< deliveries charged
         std::uint32_t lease_worker = 0;
@@ -209,6 +208,9 @@ class task_table {
     timer_heap backoff_timers_;
     timer_heap confirm_timers_;
     std::deque<std::uint64_t> records_due_;  ///< dead records to (re)send
+    /// Last failure reason by sequence number (the reason of a dead record). Few tasks ever
+    /// fail, so it lives here rather than as a string in every queued task.
+    std::unordered_map<std::uint64_t, std::string> errors_;
 
     std::unordered_map<std::string, task_id> keys_;
     std::map<std::uint32_t, worker_entry> workers_;  ///< ordered: stable round robin
