@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <deque>
@@ -51,6 +52,7 @@ struct handler_pool::shared_state {
     std::mutex queue_mutex;
     std::condition_variable queue_cv;
     std::deque<std::shared_ptr<task_run>> queue;
+    std::size_t idle = 0;  ///< threads waiting on queue_cv
     bool stopping = false;
 
     std::mutex events_mutex;
@@ -97,12 +99,31 @@ void handler_pool::wake() noexcept {
     state_->signal();
 }
 
-void handler_pool::push(std::shared_ptr<task_run> run) {
+void handler_pool::push(std::vector<std::shared_ptr<task_run>>&& runs) {
+    if (runs.empty()) {
+        return;
+    }
+    std::size_t wake = 0;
+    bool all = false;
     {
         std::lock_guard lock(state_->queue_mutex);
-        state_->queue.push_back(std::move(run));
+        state_->queue.insert(state_->queue.end(),
+                             std::make_move_iterator(runs.begin()),
+                             std::make_move_iterator(runs.end()));
+        // Wake no more threads than there are new tasks, and none that is busy: a busy
+        // thread takes the next task itself when it finishes. One wake per task was a
+        // futex call and a context switch per task for handlers that take microseconds.
+        wake = std::min(runs.size(), state_->idle);
+        all = wake == state_->idle;
     }
-    state_->queue_cv.notify_one();
+    runs.clear();
+    if (all) {
+        state_->queue_cv.notify_all();
+        return;
+    }
+    for (std::size_t i = 0; i < wake; ++i) {
+        state_->queue_cv.notify_one();
+    }
 }
 
 std::vector<std::shared_ptr<task_run>> handler_pool::take_queued() {
@@ -150,8 +171,12 @@ void handler_pool::spawn() {
             std::shared_ptr<task_run> run;
             {
                 std::unique_lock lock(state->queue_mutex);
-                state->queue_cv.wait(lock,
-                                     [&] { return state->stopping || !state->queue.empty(); });
+                const auto ready = [&] { return state->stopping || !state->queue.empty(); };
+                if (!ready()) {
+                    ++state->idle;
+                    state->queue_cv.wait(lock, ready);
+                    --state->idle;
+                }
                 if (state->stopping) {
                     break;
                 }

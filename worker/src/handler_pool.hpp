@@ -55,7 +55,8 @@ class handler_pool {
     /// Makes event_fd() readable: lets another thread interrupt the I/O thread's poll.
     void wake() noexcept;
 
-    void push(std::shared_ptr<task_run> run);
+    /// Queues tasks for the handler threads, in order; `runs` is left empty.
+    void push(std::vector<std::shared_ptr<task_run>>&& runs);
     /// Removes and returns every task no handler has picked up yet.
     std::vector<std::shared_ptr<task_run>> take_queued();
     /// Clears the eventfd and returns the events posted since the last call, in order.

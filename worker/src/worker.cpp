@@ -505,6 +505,8 @@ void worker::impl::on_welcome(const protocol::welcome& w) {
 }
 
 void worker::impl::on_tasks(protocol::tasks&& t) {
+    std::vector<std::shared_ptr<detail::task_run>> runs;
+    runs.reserve(t.items.size());
     for (auto& item : t.items) {
         const protocol::lease_ref r{item.id, item.attempt};
         if (draining_) {
@@ -531,8 +533,9 @@ void worker::impl::on_tasks(protocol::tasks&& t) {
         run->item = std::move(item);
         leases_.emplace(run->seq, lease{run, registration_, steady::time_point::max()});
         log_->trace("task queued task={} attempt={}", r.id.value, r.attempt);
-        pool_.push(std::move(run));
+        runs.push_back(std::move(run));
     }
+    pool_.push(std::move(runs));
 }
 
 void worker::impl::take_events() {
