@@ -376,6 +376,8 @@ int main(int argc, char** argv) {
             scratch_parent.empty() ? fs::temp_directory_path() : fs::path(scratch_parent);
         scratch top(parent, "run");
         const auto bench_start = steady::now();
+        // Read before the bench's own processes raise it: what else was running.
+        const auto load_before = load_average();
 
         progress(s,
                  fmt::format("ceiling: {} messages of {} bytes x {}",
@@ -443,7 +445,7 @@ int main(int argc, char** argv) {
                 {"cores", cores},
                 {"runs", s.runs},
                 {"seconds", took},
-                {"load_average_at_end", load_average()},
+                {"load_average_before", load_before},
                 {"ceiling_msgs_per_s", ceil},
                 {"tasks", s.tasks},
                 {"memory_tasks_per_s", peak},
@@ -479,12 +481,12 @@ int main(int argc, char** argv) {
         const auto& small = backlogs.front();
         const auto& large = backlogs.back();
         std::cout << fmt::format(
-            "taskvent benchmark: {} cores, median of {} run(s), {:.0f} s, load average {} at the "
-            "end\n\n",
+            "taskvent benchmark: {} cores, median of {} run(s), {:.0f} s, load average {} before "
+            "it began\n\n",
             cores,
             s.runs,
             took,
-            load_average());
+            load_before);
         const auto row =
             [](const std::string& what, const std::string& figure, const std::string& note) {
                 std::cout << fmt::format("| {:<36} | {:>18} | {:<46} |\n", what, figure, note);
