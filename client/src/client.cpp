@@ -201,10 +201,24 @@ std::string format_status(const std::string& json) {
                        n("returned"),
                        n("retried"),
                        n("confirm_timeouts"));
-    out += fmt::format("workers dead     {}\n", n("workers_dead"));
+    out += fmt::format("workers dead     {} (joined {})\n", n("workers_dead"), n("workers_joined"));
     out += fmt::format("malformed        {}\n", n("malformed"));
     out += fmt::format("sink             {}\n",
                        j.value("sink_connected", false) ? "connected" : "not connected");
+    // A few workers are worth a line each; a big deployment would drown the summary.
+    constexpr std::size_t workers_shown = 16;
+    const auto workers = j.value("workers", nlohmann::json::array());
+    for (std::size_t i = 0; i < workers.size() && i < workers_shown; ++i) {
+        const auto& w = workers[i];
+        out += fmt::format("  worker {:<24} holds {:>5}, credit {}\n",
+                           w.value("name", std::string("?")),
+                           w.value("held", 0ULL),
+                           w.value("credit", 0ULL));
+    }
+    if (workers.size() > workers_shown) {
+        out += fmt::format("  ... and {} more workers (--json lists all)\n",
+                           workers.size() - workers_shown);
+    }
     return out;
 }
 

@@ -74,6 +74,33 @@ TEST_F(table_fixture, never_leases_beyond_a_workers_credit) {
     EXPECT_EQ(table_.gauges().queued, 15u);
 }
 
+TEST_F(table_fixture, lists_each_worker_with_what_it_holds_and_its_credit_left) {
+    submit_n(5);
+    const auto a = table_.add_worker("a", 3);
+    const auto b = table_.add_worker("b", 4);
+    const auto sent = dispatch();
+    ASSERT_EQ(sent.size(), 5u);
+    // A reported task is the sink's business now: it no longer counts as held.
+    table_.on_reported(sent.front().worker, sent.front().ref);
+
+    const auto ws = table_.workers();
+    ASSERT_EQ(ws.size(), 2u);
+    std::size_t held = 0;
+    for (const auto& w : ws) {
+        held += w.held;
+        EXPECT_EQ(w.held + w.credit, (w.id == a ? 3u : 4u) - (w.id == sent.front().worker ? 1 : 0))
+            << w.name;
+    }
+    EXPECT_EQ(held, 4u);
+    EXPECT_EQ(ws[0].name, "a");
+    EXPECT_EQ(ws[1].id, b);
+
+    table_.remove_worker(a, removal::dead);
+    table_.add_worker("a", 3);
+    EXPECT_EQ(table_.workers().size(), 2u);
+    EXPECT_EQ(table_.counters().workers_joined, 3u) << "a worker that comes back joins again";
+}
+
 TEST_F(table_fixture, leases_in_submission_order_in_batches_of_at_most_batch_size) {
     submit_n(10);
     table_.add_worker("w1", 100);

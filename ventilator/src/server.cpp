@@ -33,8 +33,8 @@ std::string short_id(const std::string& routing_id) {
 struct server::published {
     std::atomic<std::uint64_t> queued{0}, leased{0}, reported{0}, live{0}, workers{0};
     std::atomic<std::uint64_t> submitted{0}, confirmed{0}, dead{0}, reissued{0}, returned{0},
-        retried{0}, confirm_timeouts{0}, stale_acks{0}, workers_dead{0}, malformed{0},
-        unroutable{0};
+        retried{0}, confirm_timeouts{0}, stale_acks{0}, workers_joined{0}, workers_dead{0},
+        malformed{0}, unroutable{0};
 };
 
 namespace {
@@ -100,6 +100,7 @@ server::server(server_config cfg, zmq::context_t& ctx)
           p.confirm_timeouts);
     gauge(
         "taskvent_ventilator_stale_acks_total", "Acks for leases no longer current", p.stale_acks);
+    gauge("taskvent_ventilator_workers_joined_total", "Worker registrations", p.workers_joined);
     gauge("taskvent_ventilator_workers_dead_total", "Workers declared dead", p.workers_dead);
     gauge("taskvent_ventilator_malformed_total", "Malformed messages dropped", p.malformed);
     gauge("taskvent_ventilator_unroutable_total", "Sends to peers that had gone", p.unroutable);
@@ -584,6 +585,7 @@ void server::publish_metrics() {
     p.retried = c.retried;
     p.confirm_timeouts = c.confirm_timeouts;
     p.stale_acks = c.stale_acks;
+    p.workers_joined = c.workers_joined;
     p.workers_dead = c.workers_dead;
     p.malformed = malformed_;
     p.unroutable = unroutable_;
@@ -608,6 +610,7 @@ std::string server::status_json(std::uint64_t session) {
         {"confirm_timeouts", c.confirm_timeouts},
         {"duplicate_keys", c.duplicate_keys},
         {"stale_acks", c.stale_acks},
+        {"workers_joined", c.workers_joined},
         {"workers_dead", c.workers_dead},
         {"malformed", malformed_},
         {"done_per_s", done_per_s_},
@@ -620,6 +623,10 @@ std::string server::status_json(std::uint64_t session) {
                   : nlohmann::json(nullptr)},
         {"uptime_s", std::chrono::duration<double>(clock_.now() - started_at_).count()},
     };
+    auto& workers = j["workers"] = nlohmann::json::array();
+    for (const auto& w : table_.workers()) {
+        workers.push_back({{"name", w.name}, {"held", w.held}, {"credit", w.credit}});
+    }
     if (session != 0) {
         const auto p = table_.progress(session);
         j["session"] = {{"accepted", p.accepted}, {"finished", p.finished}};

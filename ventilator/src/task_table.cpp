@@ -103,6 +103,7 @@ worker_id task_table::add_worker(std::string name, std::uint32_t credit) {
     auto& e = workers_[w.value];
     e.name = std::move(name);
     e.credit = credit;
+    ++counters_.workers_joined;
     return w;
 }
 
@@ -487,6 +488,15 @@ table_gauges task_table::gauges() const {
     g.live = live_;
     g.workers = workers_.size();
     return g;
+}
+
+std::vector<worker_view> task_table::workers() const {
+    std::vector<worker_view> out;
+    out.reserve(workers_.size());
+    for (const auto& [id, e] : workers_) {
+        out.push_back({worker_id{id}, e.name, e.leased.size(), e.credit});
+    }
+    return out;
 }
 
 session_progress task_table::progress(std::uint64_t session) const {

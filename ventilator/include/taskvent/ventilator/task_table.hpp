@@ -60,7 +60,8 @@ struct table_counters {
     std::uint64_t confirm_timeouts = 0;
     std::uint64_t confirmed = 0;  ///< tasks done: the sink holds their record
     std::uint64_t dead = 0;
-    std::uint64_t stale_acks = 0;  ///< acks for leases that are no longer current
+    std::uint64_t stale_acks = 0;      ///< acks for leases that are no longer current
+    std::uint64_t workers_joined = 0;  ///< registrations, a worker that came back counting again
     std::uint64_t workers_dead = 0;
 };
 
@@ -72,6 +73,14 @@ struct table_gauges {
     std::size_t reported = 0;
     std::size_t live = 0;  ///< tasks not yet done
     std::size_t workers = 0;
+};
+
+/// One registered worker as status shows it: what it holds and what it may still take.
+struct worker_view {
+    worker_id id;
+    std::string_view name;
+    std::size_t held = 0;      ///< tasks leased to it, running or prefetched
+    std::uint32_t credit = 0;  ///< tasks it may still be sent
 };
 
 struct session_progress {
@@ -150,6 +159,8 @@ class task_table {
 
     const table_counters& counters() const noexcept { return counters_; }
     table_gauges gauges() const;
+    /// Every registered worker, in registration order; views valid until the next change.
+    std::vector<worker_view> workers() const;
     session_progress progress(std::uint64_t session) const;
     bool idle() const { return live_ == 0; }
 
