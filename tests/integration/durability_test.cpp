@@ -50,10 +50,6 @@ namespace fs = std::filesystem;
 /// must not fail a test.
 constexpr auto ready_timeout = 30s;
 
-std::uint64_t count(const nlohmann::json& j, const char* key) {
-    return j.value(key, std::uint64_t{0});
-}
-
 std::uint64_t journal_field(const nlohmann::json& status, const char* key) {
     const auto it = status.find("journal");
     return it != status.end() && it->is_object() ? it->value(key, std::uint64_t{0}) : 0;
@@ -312,8 +308,8 @@ void expect_final_sink_stats(const restartable& sink, const fs::path& dir, std::
     const auto path = dir / fmt::format("sink-stats-{}.json", last);
     const auto stats = nlohmann::json::parse(read_file(path), nullptr, false);
     ASSERT_TRUE(stats.is_object()) << path;
-    EXPECT_EQ(count(stats, "recorded"), n) << stats.dump();
-    EXPECT_EQ(count(stats, "duplicates"),
+    EXPECT_EQ(count_of(stats, "recorded"), n) << stats.dump();
+    EXPECT_EQ(count_of(stats, "duplicates"),
               sum_logged(sink.log_path(last), "dropped duplicate results", " count="))
         << stats.dump();
 }
@@ -464,7 +460,7 @@ TEST(durability, ventilator_and_sink_crashes_lose_nothing) {
     ASSERT_TRUE(wait_until(
         [&] {
             const auto s = try_status(dir.path(), control_ep);
-            return s && count(*s, "workers_alive") >= 4;
+            return s && count_of(*s, "workers_alive") >= 4;
         },
         ready_timeout))
         << ventilator.logs();
@@ -521,7 +517,7 @@ TEST(durability, ventilator_and_sink_crashes_lose_nothing) {
         if (kill_ventilator[i]) {
             // Its counters die with it: read them just before the kill.
             if (const auto s = try_status(dir.path(), control_ep)) {
-                reissued += count(*s, "reissued");
+                reissued += count_of(*s, "reissued");
             }
             ventilator.kill();
         } else {
@@ -549,7 +545,7 @@ TEST(durability, ventilator_and_sink_crashes_lose_nothing) {
         << file_tail(dir / "submit.out", 5) << file_tail(dir / "submit.err", 10);
     const auto sub_out = read_file(dir / "submit.out");
     if (const auto s = try_status(dir.path(), control_ep)) {
-        reissued += count(*s, "reissued");
+        reissued += count_of(*s, "reissued");
     }
 
     const auto r = check_results(tasks, output, echoes(payload));
@@ -637,8 +633,8 @@ TEST(durability, an_interrupted_submit_is_accepted_exactly_once) {
     const auto status = try_status(dir.path(), control_ep);
     ASSERT_TRUE(status.has_value()) << ventilator.logs();
     // No workers yet: every task is live, each accepted once by one of the two lives.
-    EXPECT_EQ(count(*status, "live"), n) << status->dump();
-    EXPECT_EQ(recovered + count(*status, "submitted"), n) << status->dump();
+    EXPECT_EQ(count_of(*status, "live"), n) << status->dump();
+    EXPECT_EQ(recovered + count_of(*status, "submitted"), n) << status->dump();
     EXPECT_EQ(field_in(sub_out, "accepted tasks=") + field_in(sub_out, "duplicate_keys="),
               static_cast<long long>(n))
         << sub_out;
@@ -664,8 +660,8 @@ TEST(durability, an_interrupted_submit_is_accepted_exactly_once) {
         n,
         size_at_kill,
         recovered,
-        count(*status, "submitted"),
-        count(*status, "duplicate_keys"),
+        count_of(*status, "submitted"),
+        count_of(*status, "duplicate_keys"),
         field_in(sub_out, "resent_batches="),
         duplicates_dropped(sink));
     expect_exactly_once(r, n);
@@ -752,7 +748,7 @@ TEST(durability, a_journal_past_its_compaction_threshold_shrinks_and_loses_no_li
             }
             last = *s;
             peak = std::max(peak, journal_field(last, "bytes"));
-            return count(last, "live") == 0;
+            return count_of(last, "live") == 0;
         },
         180s,
         5ms);
@@ -777,7 +773,7 @@ TEST(durability, a_journal_past_its_compaction_threshold_shrinks_and_loses_no_li
     ASSERT_TRUE(before_kill.has_value()) << ventilator.logs();
     const auto on_disk = bytes_on_disk(journal);
     const auto compactions = journal_field(*before_kill, "compactions");
-    const auto live = count(*before_kill, "live");
+    const auto live = count_of(*before_kill, "live");
     EXPECT_GE(compactions, 1u) << before_kill->dump() << '\n' << ventilator.logs();
     EXPECT_LT(on_disk, peak) << "the journal did not shrink; " << before_kill->dump();
     EXPECT_EQ(live, n_live) << before_kill->dump();
@@ -790,8 +786,8 @@ TEST(durability, a_journal_past_its_compaction_threshold_shrinks_and_loses_no_li
     EXPECT_EQ(replayed.back(), live) << ventilator.logs();
     const auto after = try_status(dir.path(), control_ep);
     ASSERT_TRUE(after.has_value()) << ventilator.logs();
-    EXPECT_EQ(count(*after, "live"), live) << after->dump();
-    EXPECT_EQ(count(*after, "queued"), live) << after->dump();
+    EXPECT_EQ(count_of(*after, "live"), live) << after->dump();
+    EXPECT_EQ(count_of(*after, "queued"), live) << after->dump();
     // Submitting everything again must be refused line by line: the keys survived.
     const auto again = run_command(dir.path(),
                                    "submit-again",
@@ -888,7 +884,7 @@ TEST(durability, a_restart_after_compaction_never_reuses_a_task_id) {
                 if (s) {
                     last = *s;
                 }
-                return s && count(*s, "live") == 0;
+                return s && count_of(*s, "live") == 0;
             },
             120s,
             100ms);
@@ -938,7 +934,7 @@ TEST(durability, a_restart_after_compaction_never_reuses_a_task_id) {
         n_new,
         journal_field(done, "compactions"),
         journal_field(done, "bytes"),
-        count(after, "done"),
+        count_of(after, "done"),
         missing_old,
         missing_new,
         repeated,

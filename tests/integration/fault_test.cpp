@@ -20,10 +20,6 @@ namespace {
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 
-std::uint64_t count(const nlohmann::json& j, const char* key) {
-    return j.value(key, std::uint64_t{0});
-}
-
 void expect_exactly_once(const results_check& r, std::size_t n) {
     EXPECT_EQ(r.lost, 0u) << r.summary();
     EXPECT_EQ(r.unexpected, 0u) << r.summary();
@@ -83,16 +79,16 @@ TEST(fault, killed_workers_lose_and_duplicate_nothing) {
     const auto stats = p.sink_stats();
     const auto r = check_results(tasks, p.output_path());
     std::cout << "[ figures  ] tasks=" << n << " kills=" << kills
-              << " reissued=" << count(status, "reissued")
-              << " workers_dead=" << count(status, "workers_dead")
-              << " confirm_timeouts=" << count(status, "confirm_timeouts")
-              << " duplicates_dropped=" << count(stats, "duplicates") << '\n';
+              << " reissued=" << count_of(status, "reissued")
+              << " workers_dead=" << count_of(status, "workers_dead")
+              << " confirm_timeouts=" << count_of(status, "confirm_timeouts")
+              << " duplicates_dropped=" << count_of(stats, "duplicates") << '\n';
 
     expect_exactly_once(r, n);
     EXPECT_GT(kills, 0);
-    EXPECT_GT(count(status, "reissued"), 0u)
+    EXPECT_GT(count_of(status, "reissued"), 0u)
         << "no kill hit a worker holding tasks; " << status.dump();
-    EXPECT_GE(count(status, "workers_dead"), 1u) << status.dump();
+    EXPECT_GE(count_of(status, "workers_dead"), 1u) << status.dump();
 }
 
 TEST(fault, stopped_worker_is_declared_dead_and_its_tasks_reissued) {
@@ -115,14 +111,15 @@ TEST(fault, stopped_worker_is_declared_dead_and_its_tasks_reissued) {
     // Once a task is done both workers have had their credit filled: with 160 tasks queued
     // and 2 x (4 + prefetch) credit, neither can be idle.
     p.wait_for_status(
-        [](const auto& s) { return count(s, "done") >= 1; }, "a first task done", 30s);
+        [](const auto& s) { return count_of(s, "done") >= 1; }, "a first task done", 30s);
 
     auto& victim = *p.workers().front();
     victim.signal(SIGSTOP);
     const auto stopped_at = steady::now();
-    const auto dead = p.wait_for_status([](const auto& s) { return count(s, "workers_dead") >= 1; },
-                                        "the stopped worker declared dead",
-                                        30s);
+    const auto dead =
+        p.wait_for_status([](const auto& s) { return count_of(s, "workers_dead") >= 1; },
+                          "the stopped worker declared dead",
+                          30s);
     const auto stopped_for =
         std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - stopped_at);
     victim.signal(SIGCONT);
@@ -133,13 +130,13 @@ TEST(fault, stopped_worker_is_declared_dead_and_its_tasks_reissued) {
     const auto stats = p.sink_stats();
     const auto r = check_results(tasks, p.output_path());
     std::cout << "[ figures  ] tasks=" << n << " stopped_ms=" << stopped_for.count()
-              << " reissued_when_declared_dead=" << count(dead, "reissued")
-              << " reissued=" << count(status, "reissued")
-              << " workers_dead=" << count(status, "workers_dead")
-              << " duplicates_dropped=" << count(stats, "duplicates") << '\n';
+              << " reissued_when_declared_dead=" << count_of(dead, "reissued")
+              << " reissued=" << count_of(status, "reissued")
+              << " workers_dead=" << count_of(status, "workers_dead")
+              << " duplicates_dropped=" << count_of(stats, "duplicates") << '\n';
 
     expect_exactly_once(r, n);
-    EXPECT_GT(count(status, "reissued"), 0u) << status.dump();
+    EXPECT_GT(count_of(status, "reissued"), 0u) << status.dump();
     // Paused is not dead: once resumed it registers again and keeps serving.
     EXPECT_TRUE(victim.running()) << "the resumed worker exited: "
                                   << (victim.status() ? victim.status()->describe() : "") << '\n'

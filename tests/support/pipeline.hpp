@@ -18,6 +18,11 @@
 
 namespace taskvent::testing {
 
+/// A counter from a status or stats object; 0 when it is absent.
+inline std::uint64_t count_of(const nlohmann::json& j, const char* key) {
+    return j.value(key, std::uint64_t{0});
+}
+
 /// N keyed tasks written as JSON lines: {"key":"k<i>","payload":...}.
 struct workload {
     std::filesystem::path path;

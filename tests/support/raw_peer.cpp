@@ -102,6 +102,28 @@ bool send_tcp_bytes(std::uint16_t port, const std::string& bytes) {
     return true;
 }
 
+silent_tcp_connection::silent_tcp_connection(std::uint16_t port)
+    : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    if (fd_ < 0) {
+        throw std::system_error(errno, std::generic_category(), "socket");
+    }
+    const auto addr = loopback(port);
+    connected_ = ::connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
+}
+
+silent_tcp_connection::~silent_tcp_connection() {
+    if (fd_ >= 0) {
+        ::close(fd_);
+    }
+}
+
+bool silent_tcp_connection::still_open() const {
+    char byte = 0;
+    // The program may send its own greeting; only an orderly close (0) or a reset counts.
+    const auto n = ::recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+}
+
 std::uint16_t unused_loopback_port() {
     fd_guard fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (fd.get() < 0) {

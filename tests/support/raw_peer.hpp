@@ -34,6 +34,24 @@ std::uint16_t loopback_port(const std::string& endpoint);
 /// false when the connection was refused (the program is not listening).
 bool send_tcp_bytes(std::uint16_t port, const std::string& bytes);
 
+/// A plain TCP connection to 127.0.0.1:`port` that never says a word: no ZMTP greeting,
+/// nothing. Held open until destroyed, like a port scanner or a stuck load balancer probe.
+class silent_tcp_connection {
+  public:
+    explicit silent_tcp_connection(std::uint16_t port);
+    ~silent_tcp_connection();
+    silent_tcp_connection(const silent_tcp_connection&) = delete;
+    silent_tcp_connection& operator=(const silent_tcp_connection&) = delete;
+
+    bool connected() const { return connected_; }
+    /// True while the program has not closed its end (a read would not return 0).
+    bool still_open() const;
+
+  private:
+    int fd_ = -1;
+    bool connected_ = false;
+};
+
 /// A port on 127.0.0.1 with nothing listening on it: bound by the kernel's choice, then
 /// closed again.
 std::uint16_t unused_loopback_port();
