@@ -118,9 +118,6 @@ void result_log::recover() {
         throw os_error("cannot read output file " + path_);
     }
     ::madvise(map, size, MADV_SEQUENTIAL);
-    // A line is rarely under ~100 bytes; capped because lines holding large results
-    // would make a size-based guess reserve far more buckets than there are ids.
-    seen_.reserve(std::min<std::size_t>(size / 96, std::size_t{1} << 20));
     scan(std::string_view(static_cast<const char*>(map), size));
     ::munmap(map, size);
 
@@ -165,7 +162,7 @@ void result_log::take_line(std::string_view line, std::uint64_t line_number) {
         }
         return;
     }
-    if (!seen_.insert(head->id).second) {
+    if (!seen_.insert(head->id)) {
         if (++recovery_.duplicates <= max_logged_bad_lines) {
             log->warn("output file={} line={} repeats task={}", path_, line_number, head->id.value);
         }
@@ -194,7 +191,7 @@ append_result result_log::append(std::span<const protocol::result_item> items,
     for (const auto& item : items) {
         if (seen_.contains(item.id)) {
             out.duplicates.push_back(item.id);
-        } else if (!batch_ids_.insert(item.id).second) {
+        } else if (!batch_ids_.insert(item.id)) {
             repeated_in_batch.push_back(item.id);
         } else {
             append_record(buffer_, item, now_ns);
@@ -212,7 +209,9 @@ append_result result_log::append(std::span<const protocol::result_item> items,
         out.recorded.clear();
         return out;
     }
-    seen_.insert(out.recorded.begin(), out.recorded.end());
+    for (const auto id : out.recorded) {
+        seen_.insert(id);
+    }
     counts_.ok += added.ok;
     counts_.failed += added.failed;
     counts_.dead += added.dead;

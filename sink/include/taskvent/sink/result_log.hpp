@@ -9,12 +9,12 @@
 #include <span>
 #include <string>
 #include <system_error>
-#include <unordered_set>
 #include <vector>
 
 #include "taskvent/clock.hpp"
 #include "taskvent/ids.hpp"
 #include "taskvent/protocol.hpp"
+#include "taskvent/sink/id_set.hpp"
 
 namespace taskvent::sink {
 
@@ -83,9 +83,9 @@ class result_log {
     /// A failed write whose cut-back also failed: nothing more is written until it succeeds,
     /// or a retry would leave the same line in the file twice.
     bool needs_cut_back_ = false;
-    std::unordered_set<task_id> seen_;
-    std::unordered_set<task_id> batch_ids_;  ///< reused by append to spot in-batch repeats
-    std::string buffer_;                     ///< reused by append for the formatted lines
+    id_set seen_;
+    id_set batch_ids_;    ///< reused by append to spot in-batch repeats
+    std::string buffer_;  ///< reused by append for the formatted lines
     status_counts counts_;
     recovery_report recovery_;
 };
