@@ -202,21 +202,27 @@ void stop_group(const std::vector<child_process*>& group) {
 
 }  // namespace
 
-pipeline::~pipeline() {
+void stop_pipeline(const std::vector<std::unique_ptr<child_process>>& workers,
+                   child_process* sink,
+                   child_process* ventilator) {
     // Workers first, while the sink and the ventilator can still take their last results and
     // reports: a draining worker whose sink is gone waits out its whole drain timeout.
-    std::vector<child_process*> workers;
-    for (auto& w : workers_) {
-        workers.push_back(w.get());
+    std::vector<child_process*> group;
+    for (const auto& w : workers) {
+        group.push_back(w.get());
     }
-    stop_group(workers);
-    std::vector<child_process*> rest;
-    for (auto* p : {sink_.get(), ventilator_.get()}) {
+    stop_group(group);
+    group.clear();
+    for (auto* p : {sink, ventilator}) {
         if (p != nullptr) {
-            rest.push_back(p);
+            group.push_back(p);
         }
     }
-    stop_group(rest);
+    stop_group(group);
+}
+
+pipeline::~pipeline() {
+    stop_pipeline(workers_, sink_.get(), ventilator_.get());
 }
 
 child_process& pipeline::start(const std::string& program,
@@ -257,6 +263,51 @@ child_process& pipeline::add_worker(const std::vector<std::string>& extra_flags)
     args.insert(args.end(), opts_.worker.extra_flags.begin(), opts_.worker.extra_flags.end());
     args.insert(args.end(), extra_flags.begin(), extra_flags.end());
     return start("worker", "worker-" + std::to_string(n) + ".log", std::move(args));
+}
+
+nlohmann::json poll_status(const std::function<nlohmann::json()>& status,
+                           const std::function<bool(const nlohmann::json&)>& pred,
+                           const std::string& what,
+                           std::chrono::milliseconds timeout,
+                           const std::function<std::string()>& diagnostics,
+                           std::chrono::milliseconds interval) {
+    const auto deadline = steady::now() + timeout;
+    for (;;) {
+        auto j = status();
+        if (pred(j)) {
+            return j;
+        }
+        if (steady::now() >= deadline) {
+            throw std::runtime_error("waited " + std::to_string(timeout.count()) + " ms for " +
+                                     what + "; last status " + j.dump() + "\n" + diagnostics());
+        }
+        std::this_thread::sleep_for(interval);
+    }
+}
+
+exit_status wait_for_exit_of_sink(child_process& sink,
+                                  std::chrono::milliseconds timeout,
+                                  const std::function<nlohmann::json()>& status,
+                                  const std::function<std::string()>& diagnostics) {
+    if (auto s = sink.wait_for_exit(timeout)) {
+        return *s;
+    }
+    std::string last_status;
+    try {
+        last_status = status().dump();
+    } catch (const std::exception& e) {
+        last_status = e.what();
+    }
+    throw std::runtime_error("the sink did not exit within " + std::to_string(timeout.count()) +
+                             " ms; ventilator status " + last_status + "\n" + diagnostics());
+}
+
+nlohmann::json read_sink_stats(const std::filesystem::path& path) {
+    auto j = nlohmann::json::parse(read_file(path), nullptr, false);
+    if (!j.is_object()) {
+        throw std::runtime_error("sink stats file " + path.string() + " is not JSON");
+    }
+    return j;
 }
 
 std::vector<child_process*> pipeline::live_workers() {
@@ -302,40 +353,17 @@ nlohmann::json pipeline::status() {
 nlohmann::json pipeline::wait_for_status(const std::function<bool(const nlohmann::json&)>& pred,
                                          const std::string& what,
                                          std::chrono::milliseconds timeout) {
-    const auto deadline = steady::now() + timeout;
-    for (;;) {
-        auto j = status();
-        if (pred(j)) {
-            return j;
-        }
-        if (steady::now() >= deadline) {
-            throw std::runtime_error("waited " + std::to_string(timeout.count()) + " ms for " +
-                                     what + "; last status " + j.dump() + "\n" + diagnostics());
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    return poll_status(
+        [this] { return status(); }, pred, what, timeout, [this] { return diagnostics(); });
 }
 
 exit_status pipeline::wait_for_sink_exit(std::chrono::milliseconds timeout) {
-    if (auto s = sink_->wait_for_exit(timeout)) {
-        return *s;
-    }
-    std::string last_status;
-    try {
-        last_status = status().dump();
-    } catch (const std::exception& e) {
-        last_status = e.what();
-    }
-    throw std::runtime_error("the sink did not exit within " + std::to_string(timeout.count()) +
-                             " ms; ventilator status " + last_status + "\n" + diagnostics());
+    return wait_for_exit_of_sink(
+        *sink_, timeout, [this] { return status(); }, [this] { return diagnostics(); });
 }
 
 nlohmann::json pipeline::sink_stats() const {
-    auto j = nlohmann::json::parse(read_file(stats_file_), nullptr, false);
-    if (!j.is_object()) {
-        throw std::runtime_error("sink stats file " + stats_file_.string() + " is not JSON");
-    }
-    return j;
+    return read_sink_stats(stats_file_);
 }
 
 std::string pipeline::diagnostics(std::size_t lines) {

@@ -64,6 +64,31 @@ results_check check_results(const workload& tasks,
                             const std::filesystem::path& results_path,
                             const record_verifier& verify = {});
 
+/// Stops a pipeline's processes: SIGTERM to the workers together, then to the sink and the
+/// ventilator together, each group given a grace period before SIGKILL. All are reaped.
+void stop_pipeline(const std::vector<std::unique_ptr<child_process>>& workers,
+                   child_process* sink,
+                   child_process* ventilator);
+
+/// Polls `status` until `pred` holds and returns the status that satisfied it; when
+/// `timeout` passes first, throws naming `what`, the last status and `diagnostics()`.
+nlohmann::json poll_status(const std::function<nlohmann::json()>& status,
+                           const std::function<bool(const nlohmann::json&)>& pred,
+                           const std::string& what,
+                           std::chrono::milliseconds timeout,
+                           const std::function<std::string()>& diagnostics,
+                           std::chrono::milliseconds interval = std::chrono::milliseconds(50));
+
+/// Waits for `sink` to exit and returns how it ended; when `timeout` passes first, throws
+/// with the ventilator's last status (or why it gave none) and `diagnostics()`.
+exit_status wait_for_exit_of_sink(child_process& sink,
+                                  std::chrono::milliseconds timeout,
+                                  const std::function<nlohmann::json()>& status,
+                                  const std::function<std::string()>& diagnostics);
+
+/// The sink's stats file (written at its exit) as JSON; throws when it is not.
+nlohmann::json read_sink_stats(const std::filesystem::path& path);
+
 struct worker_options {
     std::string handler = "echo";
     std::uint32_t concurrency = 4;
