@@ -31,6 +31,51 @@ TEST(task_lines, reads_keys_and_payloads_and_skips_blank_lines) {
     EXPECT_EQ(items[2].payload, "2");
 }
 
+/// One line through read_task_lines; "refused" when it refuses it.
+std::string one_task(const std::string& line) {
+    std::istringstream in(line + "\n");
+    try {
+        const auto items = read_task_lines(in, "t", false);
+        return items.size() == 1 ? items[0].key + "|" + items[0].payload : "count";
+    } catch (const input_error&) {
+        return "refused";
+    }
+}
+
+TEST(task_lines, the_fast_path_takes_only_lines_it_reads_like_the_full_parser) {
+    protocol::submit_item item;
+    EXPECT_TRUE(detail::read_simple_task_line(R"({"key":"a","payload":"x y"})", item));
+    EXPECT_EQ(item.key, "a");
+    EXPECT_EQ(item.payload, "x y");
+    EXPECT_TRUE(detail::read_simple_task_line(" { \"payload\" :\t\"p\" , \"key\":\"\" } ", item));
+    EXPECT_EQ(item.key, "");
+    EXPECT_EQ(item.payload, "p");
+
+    // Left to the full parser: escapes, non-ASCII, other members, other value types, and
+    // anything malformed.
+    for (const char* line : {R"({"key":"a","payload":"x\"y"})",
+                             "{\"payload\":\"caf\xc3\xa9\"}",
+                             "{\"payload\":\"\xff\"}",
+                             R"({"key":"a","payload":"x","more":1})",
+                             R"({"key":"a","payload":"x",})",
+                             R"({"key":"a","key":"b","payload":"x"})",
+                             R"({"key":null,"payload":"x"})",
+                             R"({"key":"a","payload":7})",
+                             R"({"key":"a"})",
+                             R"({"payload":"x"} trailing)",
+                             R"({"payload":"x")",
+                             R"({})"}) {
+        EXPECT_FALSE(detail::read_simple_task_line(line, item)) << line;
+    }
+    // Which the full parser then reads or refuses as before.
+    EXPECT_EQ(one_task(R"({"key":"a","payload":"x\"y"})"), "a|x\"y");
+    EXPECT_EQ(one_task("{\"payload\":\"caf\xc3\xa9\"}"), "|caf\xc3\xa9");
+    EXPECT_EQ(one_task("{\"payload\":\"\xff\"}"), "refused") << "invalid UTF-8";
+    EXPECT_EQ(one_task(R"({"key":"a","payload":"x",})"), "refused");
+    EXPECT_EQ(one_task(R"({"payload":"x"} trailing)"), "refused");
+    EXPECT_EQ(one_task(R"({"key":null,"payload":"x"})"), "|x");
+}
+
 TEST(task_lines, plain_mode_takes_each_line_as_a_payload) {
     std::istringstream in("not json\n{\"still\":\"a payload\"}\n");
     const auto items = read_task_lines(in, "t", true);

@@ -6,6 +6,7 @@
 #include <istream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "taskvent/protocol.hpp"
@@ -27,5 +28,15 @@ inline constexpr int max_task_line_depth = 64;
 std::vector<protocol::submit_item> read_task_lines(std::istream& in,
                                                    const std::string& source,
                                                    bool plain_lines);
+
+namespace detail {
+
+/// The fast path of read_task_lines: reads `line` into `out` when it is an object of a
+/// string "payload" and an optional string "key" in printable ASCII without escapes, and
+/// returns false, leaving the line to the full JSON parser, otherwise. Whatever it
+/// accepts, the full parser reads to the same task.
+bool read_simple_task_line(std::string_view line, protocol::submit_item& out);
+
+}  // namespace detail
 
 }  // namespace taskvent
