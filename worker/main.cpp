@@ -50,6 +50,10 @@ int main(int argc, char** argv) {
     cli::add(app, "sink", cfg.sink, "Sink results endpoint (connect)");
     cli::add(app, "concurrency", cfg.concurrency, "Tasks run at once (handler threads)");
     cli::add(app, "prefetch", cfg.prefetch, "Tasks queued locally beyond those running");
+    cli::add(app,
+             "prefetch-max",
+             cfg.prefetch_max,
+             "Prefetch grown to while tasks are short (~2 ms of work queued); <= prefetch: fixed");
     cli::add(app, "handler", cfg.handler, "Built-in handler: echo, sleep, sha256 or exec");
     cli::add(app, "sleep-ms", sleep_ms, "sleep: duration when the payload is not an integer")
         ->check(CLI::NonNegativeNumber);
@@ -100,7 +104,8 @@ int main(int argc, char** argv) {
     }
 
     taskvent::log::get("worker")->info(
-        "config ventilator={} sink={} concurrency={} prefetch={} handler={} sleep_ms={} "
+        "config ventilator={} sink={} concurrency={} prefetch={} prefetch_max={} handler={} "
+        "sleep_ms={} "
         "sha256_rounds={} exec_command={} exec_timeout_ms={} task_timeout_ms={} "
         "drain_timeout_ms={} reconnect_min_ms={} reconnect_max_ms={} name={} metrics_port={} "
         "log_level={} log_format={}",
@@ -108,6 +113,7 @@ int main(int argc, char** argv) {
         cfg.sink,
         cfg.concurrency,
         cfg.prefetch,
+        cfg.prefetch_max,
         cfg.handler,
         sleep_ms,
         cfg.sha256_rounds,

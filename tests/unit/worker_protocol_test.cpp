@@ -316,6 +316,8 @@ class worker_protocol : public ::testing::Test {
         cfg.sink = sink_.endpoint();
         cfg.concurrency = 2;
         cfg.prefetch = 2;
+        // Fixed, so that the credit the tests count is exact; adapt_prefetch tests it.
+        cfg.prefetch_max = 2;
         cfg.name = "test-worker";
         cfg.reconnect_min = 20ms;
         cfg.reconnect_max = 200ms;
@@ -639,6 +641,33 @@ TEST_F(worker_protocol, reports_done_only_after_the_sink_has_taken_the_result) {
     ASSERT_TRUE(
         ventilator_.wait_until([&] { return contains(ventilator_.reports_from(id).done, 1); }));
     EXPECT_EQ(ventilator_.reports_from(id).credit, 1u);
+}
+
+TEST_F(worker_protocol, grows_its_prefetch_for_short_tasks_up_to_prefetch_max_and_no_further) {
+    auto cfg = config();
+    cfg.concurrency = 2;
+    cfg.prefetch = 2;
+    cfg.prefetch_max = 100;
+    start(cfg, echo());
+    const auto id = register_worker();
+    std::vector<proto::task_item> items;
+    for (std::uint64_t i = 1; i <= 4; ++i) {
+        items.push_back(task(i, "p"));
+    }
+    ventilator_.send(id, tasks(std::move(items)));
+
+    // Echo takes microseconds: the worker asks for up to prefetch_max tasks queued, so the
+    // credit returned grows past the 4 slots it started with, to concurrency + prefetch_max
+    // in all, and never beyond.
+    ASSERT_TRUE(ventilator_.wait_until([&] {
+        const auto rep = ventilator_.reports_from(id);
+        return rep.done.size() >= 4 && rep.credit >= 102;
+    })) << "credit returned: "
+        << ventilator_.reports_from(id).credit;
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(ventilator_.reports_from(id).credit, 102u)
+        << "4 slots in the hello, 4 freed, 98 more: 102 granted while 0 are held, "
+           "capacity 102";
 }
 
 TEST_F(worker_protocol, hands_back_tasks_sent_beyond_its_credit) {

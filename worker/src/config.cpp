@@ -35,6 +35,10 @@ void validate(const worker_config& cfg) {
         std::numeric_limits<std::uint32_t>::max()) {
         throw std::invalid_argument("--prefetch is too large");
     }
+    if (static_cast<std::uint64_t>(cfg.concurrency) + cfg.prefetch_max >
+        std::numeric_limits<std::uint32_t>::max()) {
+        throw std::invalid_argument("--prefetch-max is too large");
+    }
     if (cfg.reconnect_min.count() <= 0) {
         throw std::invalid_argument("--reconnect-min-ms must be at least 1");
     }

@@ -5,8 +5,14 @@
 // Slots: capacity = concurrency + prefetch. A task holds a slot from the moment it
 // arrives until its outcome is settled: reported as a retryable failure, handed back,
 // given up at its deadline, or, for ok/failed, its result accepted by the sink socket.
-// Every slot freed is credit returned in the next report; a hello grants the slots free
-// at that moment. So the ventilator's view of our credit never exceeds what we can hold.
+// A hello grants the slots free at that moment; a slot freed is credit returned in the
+// next report while held tasks plus credit outstanding stay within the capacity. So the
+// ventilator's view of our credit never exceeds what we can hold.
+//
+// The prefetch adapts between --prefetch and --prefetch-max: enough queued tasks for the
+// slots' work over about one credit round trip (prefetch_window), by the running mean of
+// the handler's time. Tasks of microseconds would otherwise leave the handlers idle while
+// credit travels; tasks of seconds keep the small floor, so nothing is hoarded.
 #include "taskvent/worker/worker.hpp"
 
 #include <unistd.h>
@@ -51,6 +57,12 @@ constexpr std::size_t max_reason_bytes = 4096;
 /// Messages read from the ventilator per loop turn, so that a flood of tasks cannot hold
 /// back results, reports and heartbeats.
 constexpr int max_reads_per_turn = 256;
+/// Work the adaptive prefetch keeps queued per slot: a credit round trip through the
+/// ventilator on loopback takes a fraction of this.
+constexpr std::chrono::microseconds prefetch_window{2000};
+/// Weight of the newest handler time in the running mean that sizes the prefetch.
+constexpr double task_time_weight = 1.0 / 64;
+
 /// How long the last report and the bye may take to leave at exit.
 constexpr milliseconds bye_linger{2000};
 /// Results accepted by the socket must reach the sink even when we exit right after.
@@ -183,6 +195,9 @@ class worker::impl {
     void check_liveness(steady::time_point now);
     void flush_results();
     void flush_report(steady::time_point now);
+    void adapt_prefetch();
+    /// Credit for every slot neither held nor already granted.
+    void grant_free_slots();
     void heartbeat(steady::time_point now);
 
     void begin_drain(steady::time_point now);
@@ -230,7 +245,12 @@ class worker::impl {
     steady::time_point last_send_{};
     steady::time_point next_attempt_{};
 
-    const std::uint32_t capacity_;
+    std::uint32_t capacity_;  ///< concurrency + the current prefetch
+    /// Credit the ventilator may still use: granted (in the hello and in reports, sent or
+    /// pending) and not yet used by a task. held + outstanding never exceeds capacity_,
+    /// except after the capacity shrank, until enough slots are freed.
+    std::uint32_t outstanding_ = 0;
+    double mean_task_us_ = -1;  ///< running mean of handler time; negative: none seen yet
     std::uint64_t next_seq_ = 1;
     std::unordered_map<std::uint64_t, lease> leases_;
     // At most `concurrency` entries (plus a few being replaced), so deadlines are found by
@@ -399,7 +419,9 @@ void worker::impl::register_now(steady::time_point now) {
     dealer_.emplace(transport::make_socket(zmq_, zmq::socket_type::dealer, o));
     dealer_->connect(cfg_.ventilator);
 
-    const auto free_slots = static_cast<std::uint32_t>(capacity_ - leases_.size());
+    const auto free_slots =
+        capacity_ > leases_.size() ? static_cast<std::uint32_t>(capacity_ - leases_.size()) : 0U;
+    outstanding_ = free_slots;
     const protocol::hello h{.name = cfg_.name,
                             .concurrency = cfg_.concurrency,
                             .credit = free_slots,
@@ -514,7 +536,7 @@ void worker::impl::on_tasks(protocol::tasks&& t) {
             returned_.inc();
             continue;
         }
-        if (leases_.size() >= capacity_) {
+        if (outstanding_ == 0) {
             // The ventilator went past our credit. Handing the task back is safe (it does
             // not count as an attempt) and keeps the slots honest.
             std::uint64_t suppressed = 0;
@@ -528,6 +550,7 @@ void worker::impl::on_tasks(protocol::tasks&& t) {
             returned_.inc();
             continue;
         }
+        --outstanding_;
         auto run = std::make_shared<detail::task_run>();
         run->seq = next_seq_++;
         run->item = std::move(item);
@@ -554,7 +577,47 @@ void worker::impl::take_events() {
         }
         running_.erase(ev.run->seq);
         handler_ms_.observe_ms(std::chrono::duration<double, std::milli>(ev.elapsed).count());
+        const double us = std::chrono::duration<double, std::micro>(ev.elapsed).count();
+        mean_task_us_ =
+            mean_task_us_ < 0 ? us : mean_task_us_ + (us - mean_task_us_) * task_time_weight;
         settle(it, std::move(*ev.result));
+    }
+    adapt_prefetch();
+}
+
+void worker::impl::adapt_prefetch() {
+    if (mean_task_us_ < 0 || cfg_.prefetch_max <= cfg_.prefetch) {
+        return;
+    }
+    const double wanted = static_cast<double>(cfg_.concurrency) *
+                          static_cast<double>(prefetch_window.count()) /
+                          std::max(mean_task_us_, 0.1);
+    const auto prefetch = static_cast<std::uint32_t>(std::clamp(
+        wanted, static_cast<double>(cfg_.prefetch), static_cast<double>(cfg_.prefetch_max)));
+    const auto capacity = cfg_.concurrency + prefetch;
+    if (capacity == capacity_) {
+        return;
+    }
+    log_->debug("prefetch {} -> {} mean_task_us={:.1f}",
+                capacity_ - cfg_.concurrency,
+                prefetch,
+                mean_task_us_);
+    capacity_ = capacity;
+    // Growth is granted at once; a shrink takes effect as slots are freed.
+    grant_free_slots();
+}
+
+void worker::impl::grant_free_slots() {
+    // With no registration the next hello counts the slots; while draining no credit goes
+    // out at all.
+    if (!dealer_ || draining_) {
+        return;
+    }
+    const std::size_t committed = leases_.size() + outstanding_;
+    if (committed < capacity_) {
+        const auto room = static_cast<std::uint32_t>(capacity_ - committed);
+        report_.credit += room;
+        outstanding_ += room;
     }
 }
 
@@ -619,11 +682,7 @@ void worker::impl::report_failure(const lease& l, std::string reason) {
 
 void worker::impl::free_slot(std::unordered_map<std::uint64_t, lease>::iterator it) {
     leases_.erase(it);
-    // With no registration the next hello counts the slot; while draining no credit goes
-    // out at all.
-    if (dealer_ && !draining_) {
-        ++report_.credit;
-    }
+    grant_free_slots();
 }
 
 void worker::impl::expire_tasks(steady::time_point now) {

@@ -13,6 +13,9 @@ struct worker_config {
     std::string sink = "tcp://127.0.0.1:5556";        ///< --sink (PUSH connects)
     std::uint32_t concurrency = 4;                    ///< handler threads, tasks run at once
     std::uint32_t prefetch = 32;                      ///< tasks queued locally beyond those running
+    /// The prefetch grows up to this while tasks are short (about 2 ms of the slots' work
+    /// queued); at or below `prefetch` it stays fixed at `prefetch`.
+    std::uint32_t prefetch_max = 1024;
 
     std::string handler = "echo";         ///< built-in handler: echo, sleep, sha256, exec
     std::chrono::milliseconds sleep{10};  ///< sleep: when the payload is not an integer (ms)
