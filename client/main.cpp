@@ -96,7 +96,9 @@ int wait_for_session(zmq::context_t& ctx,
                 timeout.count());
             return 1;
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 100 : 250));
+        // Each poll is one small request; a short interval ends the wait close to the
+        // last record, which `done ... seconds=` and benchmarks built on it rely on.
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
 }
 
