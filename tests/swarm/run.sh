@@ -353,6 +353,12 @@ deploy_stack() {
             fail "volume ${stack}_${v} exists (old results?); remove it first: docker volume rm ${stack}_${v}"
         fi
     done
+    # The file as users deploy it, with its defaults: docker stack config must accept it.
+    docker stack config -c "${repo}/stack.yml" >"${workdir}/stack-config.yml" 2>&1 ||
+        {
+            cat "${workdir}/stack-config.yml"
+            fail "docker stack config rejects stack.yml"
+        }
     deployed=1
     env TASKVENT_IMAGE="$image" \
         TASKVENT_WORKERS="$workers_start" \
