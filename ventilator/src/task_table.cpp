@@ -118,9 +118,23 @@ void task_table::add_credit(worker_id w, std::uint32_t n) {
     }
 }
 
-void task_table::release_lease(task& t, std::uint64_t seq) {
+void task_table::add_lease(worker_entry& we, std::uint64_t seq, task& t) {
+    t.lease_slot = static_cast<std::uint32_t>(we.leased.size());
+    we.leased.push_back(seq);
+}
+
+void task_table::drop_lease(worker_entry& we, task& t) {
+    // The last entry takes the freed place.
+    const auto slot = t.lease_slot;
+    const auto last = we.leased.back();
+    we.leased[slot] = last;
+    tasks_[last - base_seq_].lease_slot = slot;
+    we.leased.pop_back();
+}
+
+void task_table::release_lease(task& t) {
     if (auto it = workers_.find(t.lease_worker); it != workers_.end()) {
-        it->second.leased.erase(seq);
+        drop_lease(it->second, t);
     }
     t.lease_worker = 0;
     t.started = false;
@@ -173,14 +187,13 @@ void task_table::remove_worker(worker_id w, removal why) {
         return;
     }
     const std::string name = it->second.name;
-    auto leased = std::move(it->second.leased);
+    auto seqs = std::move(it->second.leased);
     workers_.erase(it);
     if (why == removal::dead) {
         ++counters_.workers_dead;
     }
 
     // Oldest first, so that reissued tasks keep their relative order at the queue front.
-    std::vector<std::uint64_t> seqs(leased.begin(), leased.end());
     std::sort(seqs.begin(), seqs.end(), std::greater<>());
     for (auto seq : seqs) {
         auto& t = tasks_[seq - base_seq_];
@@ -217,7 +230,7 @@ void task_table::on_reported(worker_id w, protocol::lease_ref ref) {
         return;
     }
     const auto seq = ref.id.value & seq_mask;
-    release_lease(*t, seq);
+    release_lease(*t);
     ++t->gen;
     set_state(*t, state::reported);
     confirm_timers_.push({clock_.now() + cfg_.confirm_timeout, seq, t->gen});
@@ -229,7 +242,7 @@ void task_table::on_failed(worker_id w, const protocol::failure& f) {
         return;
     }
     const auto seq = f.id.value & seq_mask;
-    release_lease(*t, seq);
+    release_lease(*t);
     if (!f.retryable) {
         make_dead(seq, *t, f.reason);
         return;
@@ -251,7 +264,7 @@ void task_table::on_returned(worker_id w, protocol::lease_ref ref) {
         return;
     }
     const auto seq = ref.id.value & seq_mask;
-    release_lease(*t, seq);
+    release_lease(*t);
     --t->attempts;
     requeue_front(seq, *t);
     ++counters_.returned;
@@ -265,7 +278,7 @@ bool task_table::on_confirmed(task_id id) {
     const auto seq = id.value & seq_mask;
     if (t->st == state::leased) {
         // An earlier attempt's result reached the sink first; the current lease is moot.
-        release_lease(*t, seq);
+        release_lease(*t);
     }
     // A queued entry left in queue_ or a timer left in a heap no longer matches: both are
     // checked against the task's state when they come up.
@@ -374,7 +387,7 @@ std::size_t task_table::dispatch(const send_fn& send) {
                 t.lease_worker = wid;
                 t.started = false;
                 set_state(t, state::leased);
-                we.leased.insert(seq);
+                add_lease(we, seq, t);
                 seqs.push_back(seq);
                 batch_.push_back({id_of(seq), t.attempts, t.key, t.payload, t.submitted_ns});
             }
@@ -388,7 +401,7 @@ std::size_t task_table::dispatch(const send_fn& send) {
                     auto& t = tasks_[*r - base_seq_];
                     --t.attempts;
                     t.lease_worker = 0;
-                    we.leased.erase(*r);
+                    drop_lease(we, t);
                     requeue_front(*r, t);
                 }
                 continue;

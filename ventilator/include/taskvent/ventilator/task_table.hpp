@@ -24,7 +24,6 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "taskvent/clock.hpp"
@@ -173,8 +172,9 @@ class task_table {
         std::int64_t submitted_ns = 0;
         std::uint32_t attempts = 0;  ///< deliveries charged
         std::uint32_t lease_worker = 0;
-        std::uint32_t session = 0;  ///< index into sessions_, 0 for none
-        std::uint32_t gen = 0;      ///< bumped on every timed state; stale timers do not match
+        std::uint32_t lease_slot = 0;  ///< index in its worker's `leased` while leased
+        std::uint32_t session = 0;     ///< index into sessions_, 0 for none
+        std::uint32_t gen = 0;         ///< bumped on every timed state; stale timers do not match
         state st = state::done;
         bool started = false;
     };
@@ -182,7 +182,10 @@ class task_table {
     struct worker_entry {
         std::string name;
         std::uint32_t credit = 0;
-        std::unordered_set<std::uint64_t> leased;  ///< sequence numbers
+        /// Sequence numbers of the tasks leased to it, in no order; a task knows its index
+        /// (lease_slot), so adding and removing one allocates nothing and touches no
+        /// hash bucket: with millions of tasks queued those were cache misses per lease.
+        std::vector<std::uint64_t> leased;
     };
 
     struct timer {
@@ -195,13 +198,15 @@ class task_table {
 
     task* find(task_id id);
     const task* find(task_id id) const;
+    void add_lease(worker_entry& we, std::uint64_t seq, task& t);
+    void drop_lease(worker_entry& we, task& t);
     task* find_lease(worker_id w, protocol::lease_ref ref);
     task_id id_of(std::uint64_t seq) const;
     void set_state(task& t, state s);
     void requeue_front(std::uint64_t seq, task& t);
     void make_dead(std::uint64_t seq, task& t, std::string reason);
     void finish(std::uint64_t seq, task& t);
-    void release_lease(task& t, std::uint64_t seq);
+    void release_lease(task& t);
     clock_duration backoff_for(std::uint32_t attempts) const;
 
     table_config cfg_;
