@@ -331,10 +331,14 @@ std::string count_words(std::size_t n) {
                                                 : std::to_string(n);
 }
 
-void progress(const settings& s, const std::string& what) {
+/// Says what comes next, and writes back what earlier runs left dirty in the page cache:
+/// their results and journals would otherwise be flushed during this run and stall the
+/// sink's and the journal's fdatasync, measuring the bench instead of the pipeline.
+void before_run(const settings& s, const std::string& what) {
     if (!s.json) {
         std::cerr << "pipeline_bench: " << what << '\n';
     }
+    ::sync();
 }
 
 std::string load_average() {
@@ -379,11 +383,11 @@ int main(int argc, char** argv) {
         // Read before the bench's own processes raise it: what else was running.
         const auto load_before = load_average();
 
-        progress(s,
-                 fmt::format("ceiling: {} messages of {} bytes x {}",
-                             s.ceiling_messages,
-                             payload_bytes,
-                             s.runs));
+        before_run(s,
+                   fmt::format("ceiling: {} messages of {} bytes x {}",
+                               s.ceiling_messages,
+                               payload_bytes,
+                               s.runs));
         std::vector<double> ceiling;
         for (int i = 0; i < s.runs; ++i) {
             ceiling.push_back(ceiling_once(s, top.path()));
@@ -394,12 +398,12 @@ int main(int argc, char** argv) {
         std::vector<double> memory, journal;
         std::vector<double> journal_sizes;
         for (int i = 0; i < s.runs; ++i) {
-            progress(s,
-                     fmt::format("end to end, run {} of {}: {} tasks in memory, then with the "
-                                 "journal",
-                                 i + 1,
-                                 s.runs,
-                                 s.tasks));
+            before_run(s,
+                       fmt::format("end to end, run {} of {}: {} tasks in memory, then with the "
+                                   "journal",
+                                   i + 1,
+                                   s.runs,
+                                   s.tasks));
             memory.push_back(e2e_once(top.path(), keyed, s.tasks, false).tasks_per_s);
             const auto j = e2e_once(top.path(), keyed, s.tasks, true);
             journal.push_back(j.tasks_per_s);
@@ -407,7 +411,7 @@ int main(int argc, char** argv) {
         }
         const double peak = median(memory);
 
-        progress(s, fmt::format("latency at {:.0f} tasks/s", peak / 10));
+        before_run(s, fmt::format("latency at {:.0f} tasks/s", peak / 10));
         const auto lat = latency_once(s, top.path(), peak / 10);
 
         std::vector<backlog_figures> backlogs;
@@ -416,7 +420,7 @@ int main(int argc, char** argv) {
             const auto lines = top.path() / "backlog.lines";
             write_tasks(lines, q + s.backlog_measured, false);
             for (int i = 0; i < s.runs; ++i) {
-                progress(s, fmt::format("flat cost, run {} of {}: {} queued", i + 1, s.runs, q));
+                before_run(s, fmt::format("flat cost, run {} of {}: {} queued", i + 1, s.runs, q));
                 const auto b = backlog_once(s, top.path(), lines, q);
                 rates.push_back(b.tasks_per_s);
                 bytes.push_back(b.bytes_per_task);
@@ -428,7 +432,7 @@ int main(int argc, char** argv) {
         std::vector<double> scale_rates;
         scale_figures scale;
         for (int i = 0; i < s.runs; ++i) {
-            progress(s, fmt::format("scale-out, run {} of {}", i + 1, s.runs));
+            before_run(s, fmt::format("scale-out, run {} of {}", i + 1, s.runs));
             scale = scale_once(s, top.path());
             scale_rates.push_back(scale.tasks_per_s);
         }
