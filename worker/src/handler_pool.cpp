@@ -31,10 +31,15 @@ struct handler_pool::shared_state {
         (void)!::write(efd, &one, sizeof one);
     }
 
-    void post(pool_event ev) {
+    /// Returns the event's ticket (started events only; 0 for others).
+    std::uint64_t post(pool_event ev) {
         bool was_empty = false;
+        std::uint64_t ticket = 0;
         {
             std::lock_guard lock(events_mutex);
+            if (ev.what == pool_event::kind::started) {
+                ticket = ev.ticket = ++last_ticket;
+            }
             was_empty = events.empty();
             events.push_back(std::move(ev));
         }
@@ -43,6 +48,14 @@ struct handler_pool::shared_state {
         if (was_empty) {
             signal();
         }
+        return ticket;
+    }
+
+    void wait_reported(std::uint64_t ticket) {
+        std::unique_lock lock(report_mutex);
+        report_cv.wait_for(lock, handler_pool::report_wait, [&] {
+            return reported_through >= ticket || stopping_reports;
+        });
     }
 
     const handler h;
@@ -57,6 +70,13 @@ struct handler_pool::shared_state {
 
     std::mutex events_mutex;
     std::vector<pool_event> events;
+    std::uint64_t last_ticket = 0;  ///< under events_mutex
+
+    std::atomic<bool> report_before_run{true};
+    std::mutex report_mutex;
+    std::condition_variable report_cv;
+    std::uint64_t reported_through = 0;  ///< under report_mutex
+    bool stopping_reports = false;       ///< under report_mutex
 
     std::atomic<std::size_t> stuck{0};
     std::mutex live_mutex;
@@ -89,6 +109,21 @@ void handler_pool::start(std::size_t threads) {
     for (std::size_t i = 0; i < threads; ++i) {
         spawn();
     }
+}
+
+void handler_pool::set_report_before_run(bool on) noexcept {
+    state_->report_before_run.store(on, std::memory_order_relaxed);
+}
+
+void handler_pool::mark_reported(std::uint64_t ticket) {
+    {
+        std::lock_guard lock(state_->report_mutex);
+        if (ticket <= state_->reported_through) {
+            return;
+        }
+        state_->reported_through = ticket;
+    }
+    state_->report_cv.notify_all();
 }
 
 int handler_pool::event_fd() const noexcept {
@@ -194,7 +229,10 @@ void handler_pool::spawn() {
             started_ev.what = pool_event::kind::started;
             started_ev.run = run;
             started_ev.deadline = deadline;
-            state->post(std::move(started_ev));
+            const auto ticket = state->post(std::move(started_ev));
+            if (state->report_before_run.load(std::memory_order_relaxed)) {
+                state->wait_reported(ticket);
+            }
 
             const task_context ctx{.id = run->item.id,
                                    .attempt = run->item.attempt,
@@ -245,6 +283,11 @@ void handler_pool::stop(std::chrono::milliseconds grace) {
         state_->stopping = true;
     }
     state_->queue_cv.notify_all();
+    {
+        std::lock_guard lock(state_->report_mutex);
+        state_->stopping_reports = true;
+    }
+    state_->report_cv.notify_all();
     {
         // Idle threads leave within microseconds; only stuck handlers use up the grace.
         constexpr auto idle_exit = std::chrono::milliseconds(500);

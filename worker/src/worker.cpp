@@ -60,6 +60,9 @@ constexpr int max_reads_per_turn = 256;
 /// Work the adaptive prefetch keeps queued per slot: a credit round trip through the
 /// ventilator on loopback takes a fraction of this.
 constexpr std::chrono::microseconds prefetch_window{2000};
+/// Tasks whose handler takes at least this long on average run only once their started
+/// ref has left in a report (handler_pool::set_report_before_run).
+constexpr double report_before_run_us = 500;
 /// Weight of the newest handler time in the running mean that sizes the prefetch.
 constexpr double task_time_weight = 1.0 / 64;
 
@@ -196,6 +199,8 @@ class worker::impl {
     void flush_results();
     void flush_report(steady::time_point now);
     void adapt_prefetch();
+    /// Lets handler threads run tasks whose started refs have left (see handler_pool).
+    void release_started();
     /// Credit for every slot neither held nor already granted.
     void grant_free_slots();
     void heartbeat(steady::time_point now);
@@ -251,6 +256,7 @@ class worker::impl {
     /// except after the capacity shrank, until enough slots are freed.
     std::uint32_t outstanding_ = 0;
     double mean_task_us_ = -1;  ///< running mean of handler time; negative: none seen yet
+    std::uint64_t last_started_ticket_ = 0;  ///< of the newest started event taken
     std::uint64_t next_seq_ = 1;
     std::unordered_map<std::uint64_t, lease> leases_;
     // At most `concurrency` entries (plus a few being replaced), so deadlines are found by
@@ -332,6 +338,7 @@ std::optional<int> worker::impl::turn() {
     // Results first: a done ref may only be reported once its result is accepted.
     flush_results();
     flush_report(t);
+    release_started();
     heartbeat(t);
 
     held_gauge_.store(leases_.size());
@@ -563,6 +570,7 @@ void worker::impl::on_tasks(protocol::tasks&& t) {
 
 void worker::impl::take_events() {
     for (auto& ev : pool_.take_events()) {
+        last_started_ticket_ = std::max(last_started_ticket_, ev.ticket);
         const auto it = leases_.find(ev.run->seq);
         if (it == leases_.end()) {
             continue;  // only leases whose outcome is settled leave the map; none post again
@@ -585,7 +593,20 @@ void worker::impl::take_events() {
     adapt_prefetch();
 }
 
+void worker::impl::release_started() {
+    // Sent, or nobody to send it to (no registration: the leases are the ventilator's to
+    // reissue anyway). Only a report the socket refused holds the handlers back.
+    if (empty(report_) || !dealer_ || state_ != link_state::welcomed) {
+        pool_.mark_reported(last_started_ticket_);
+    }
+}
+
 void worker::impl::adapt_prefetch() {
+    // A task that kills the process must be known as running before it runs, or it is
+    // charged nothing and kills the next worker too. Waiting for the report costs a loop
+    // turn of the I/O thread per task: nothing next to tasks of a millisecond or more,
+    // most of the throughput for tasks of microseconds, which run without the wait.
+    pool_.set_report_before_run(mean_task_us_ < 0 || mean_task_us_ >= report_before_run_us);
     if (mean_task_us_ < 0 || cfg_.prefetch_max <= cfg_.prefetch) {
         return;
     }
