@@ -17,11 +17,13 @@ using namespace taskvent;
 using steady = std::chrono::steady_clock;
 
 /// Follows the session until every accepted task has its record. A progress bar on a
-/// terminal, a plain line every few seconds otherwise.
+/// terminal, a plain line every few seconds otherwise. Rates and the final `seconds` count
+/// from `submitted_at`, when the first batch went out.
 int wait_for_session(zmq::context_t& ctx,
                      const std::string& control,
                      const client::submit_outcome& sub,
-                     std::chrono::milliseconds timeout) {
+                     std::chrono::milliseconds timeout,
+                     steady::time_point submitted_at) {
     const bool tty = ::isatty(STDERR_FILENO) != 0;
     const auto start = steady::now();
     auto last_line = start - std::chrono::hours(1);
@@ -55,7 +57,7 @@ int wait_for_session(zmq::context_t& ctx,
             const auto live = j.value("live", 0ULL);
             finished = live >= accepted ? 0 : accepted - live;
         }
-        const double secs = std::chrono::duration<double>(now - start).count();
+        const double secs = std::chrono::duration<double>(now - submitted_at).count();
         // A rate over the first instants of a run means nothing; show one after half a second.
         const double rate = secs > 0.5 ? static_cast<double>(finished) / secs : 0.0;
         const bool done = finished >= accepted;
@@ -84,8 +86,10 @@ int wait_for_session(zmq::context_t& ctx,
             last_line = now;
         }
         if (done) {
+            // The whole wait is long enough for the final rate, however short it was.
+            const double final_rate = secs > 0 ? static_cast<double>(finished) / secs : 0.0;
             std::cout << fmt::format(
-                "done tasks={} seconds={:.3f} tasks_per_s={:.0f}\n", finished, secs, rate);
+                "done tasks={} seconds={:.3f} tasks_per_s={:.0f}\n", finished, secs, final_rate);
             return 0;
         }
         if (timeout.count() > 0 && now - start > timeout) {
@@ -173,6 +177,7 @@ int main(int argc, char** argv) {
             opts.retries = retries;
             opts.rate = rate;
             const auto lines = items.size();
+            const auto submitted_at = steady::now();
             const auto out = client::submit_tasks(ctx, opts, std::move(items));
             if (!out.ok()) {
                 std::cerr << "taskvent: " << out.error << '\n';
@@ -192,8 +197,11 @@ int main(int argc, char** argv) {
                 out.resent_batches,
                 out.session);
             std::cout.flush();
-            return wait ? wait_for_session(
-                              ctx, control, out, std::chrono::milliseconds(wait_timeout_ms))
+            return wait ? wait_for_session(ctx,
+                                           control,
+                                           out,
+                                           std::chrono::milliseconds(wait_timeout_ms),
+                                           submitted_at)
                         : 0;
         }
         if (status->parsed()) {
