@@ -289,15 +289,7 @@ nlohmann::json spread_pipeline::status() {
                                 "--timeout-ms",
                                 std::to_string(status_timeout_ms)},
                                milliseconds(status_timeout_ms) + 10s);
-    if (!r.status.success()) {
-        throw std::runtime_error("taskvent status failed (" + r.status.describe() + "): " + r.err +
-                                 "\n" + diagnostics());
-    }
-    auto j = nlohmann::json::parse(r.out, nullptr, false);
-    if (!j.is_object()) {
-        throw std::runtime_error("taskvent status --json printed no JSON object: " + r.out);
-    }
-    return j;
+    return status_json(r, [this] { return diagnostics(); });
 }
 
 nlohmann::json spread_pipeline::wait_for_status(

@@ -265,6 +265,19 @@ child_process& pipeline::add_worker(const std::vector<std::string>& extra_flags)
     return start("worker", "worker-" + std::to_string(n) + ".log", std::move(args));
 }
 
+nlohmann::json status_json(const command_result& r,
+                           const std::function<std::string()>& diagnostics) {
+    if (!r.status.success()) {
+        throw std::runtime_error("taskvent status failed (" + r.status.describe() + "): " + r.err +
+                                 "\n" + diagnostics());
+    }
+    auto j = nlohmann::json::parse(r.out, nullptr, false);
+    if (!j.is_object()) {
+        throw std::runtime_error("taskvent status --json printed no JSON object: " + r.out);
+    }
+    return j;
+}
+
 nlohmann::json poll_status(const std::function<nlohmann::json()>& status,
                            const std::function<bool(const nlohmann::json&)>& pred,
                            const std::string& what,
@@ -339,15 +352,7 @@ nlohmann::json pipeline::status() {
                                 "--timeout-ms",
                                 std::to_string(status_timeout_ms)},
                                std::chrono::milliseconds(status_timeout_ms + 10000));
-    if (!r.status.success()) {
-        throw std::runtime_error("taskvent status failed (" + r.status.describe() + "): " + r.err +
-                                 "\n" + diagnostics());
-    }
-    auto j = nlohmann::json::parse(r.out, nullptr, false);
-    if (!j.is_object()) {
-        throw std::runtime_error("taskvent status --json printed no JSON object: " + r.out);
-    }
-    return j;
+    return status_json(r, [this] { return diagnostics(); });
 }
 
 nlohmann::json pipeline::wait_for_status(const std::function<bool(const nlohmann::json&)>& pred,

@@ -70,6 +70,11 @@ void stop_pipeline(const std::vector<std::unique_ptr<child_process>>& workers,
                    child_process* sink,
                    child_process* ventilator);
 
+/// The JSON object printed by a `taskvent status --json` run; throws, with `diagnostics()`,
+/// when the command failed or printed something else.
+nlohmann::json status_json(const command_result& r,
+                           const std::function<std::string()>& diagnostics);
+
 /// Polls `status` until `pred` holds and returns the status that satisfied it; when
 /// `timeout` passes first, throws naming `what`, the last status and `diagnostics()`.
 nlohmann::json poll_status(const std::function<nlohmann::json()>& status,

@@ -31,14 +31,14 @@ struct handler_pool::shared_state {
         (void)!::write(efd, &one, sizeof one);
     }
 
-    /// Returns the event's ticket (started events only; 0 for others).
+    /// Returns the event's ticket: its place among started events (0 for others).
     std::uint64_t post(pool_event ev) {
         bool was_empty = false;
         std::uint64_t ticket = 0;
         {
             std::lock_guard lock(events_mutex);
             if (ev.what == pool_event::kind::started) {
-                ticket = ev.ticket = ++last_ticket;
+                ticket = ++last_ticket;
             }
             was_empty = events.empty();
             events.push_back(std::move(ev));
@@ -70,7 +70,8 @@ struct handler_pool::shared_state {
 
     std::mutex events_mutex;
     std::vector<pool_event> events;
-    std::uint64_t last_ticket = 0;  ///< under events_mutex
+    std::uint64_t last_ticket = 0;    ///< under events_mutex
+    std::uint64_t taken_through = 0;  ///< under events_mutex: tickets take_events returned
 
     std::atomic<bool> report_before_run{true};
     std::mutex report_mutex;
@@ -115,7 +116,12 @@ void handler_pool::set_report_before_run(bool on) noexcept {
     state_->report_before_run.store(on, std::memory_order_relaxed);
 }
 
-void handler_pool::mark_reported(std::uint64_t ticket) {
+void handler_pool::mark_reported() {
+    std::uint64_t ticket = 0;
+    {
+        std::lock_guard lock(state_->events_mutex);
+        ticket = state_->taken_through;
+    }
     {
         std::lock_guard lock(state_->report_mutex);
         if (ticket <= state_->reported_through) {
@@ -175,6 +181,7 @@ std::vector<pool_event> handler_pool::take_events() {
     std::vector<pool_event> out;
     std::lock_guard lock(state_->events_mutex);
     out.swap(state_->events);
+    state_->taken_through = state_->last_ticket;
     return out;
 }
 

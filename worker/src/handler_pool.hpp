@@ -38,7 +38,6 @@ struct pool_event {
     std::chrono::steady_clock::time_point deadline{};  ///< started: when it times out
     std::chrono::nanoseconds elapsed{};                ///< finished: time in the handler
     std::optional<handler_result> result;              ///< finished: the verdict
-    std::uint64_t ticket = 0;  ///< started: its place in the order of started events
 };
 
 class handler_pool {
@@ -74,9 +73,9 @@ class handler_pool {
     /// a task that kills the process is then known to the ventilator as running, and is
     /// charged for it, instead of passing for one only prefetched.
     void set_report_before_run(bool on) noexcept;
-    /// Every started event with a ticket up to `ticket` has left in a report (or has no
-    /// one to go to); handler threads waiting on them run their tasks.
-    void mark_reported(std::uint64_t ticket);
+    /// Every started event take_events() has returned so far has left in a report (or
+    /// has no one to go to); handler threads waiting on them run their tasks.
+    void mark_reported();
     static constexpr std::chrono::milliseconds report_wait{200};
 
     /// Threads still inside a handler whose task was abandoned.

@@ -256,7 +256,6 @@ class worker::impl {
     /// except after the capacity shrank, until enough slots are freed.
     std::uint32_t outstanding_ = 0;
     double mean_task_us_ = -1;  ///< running mean of handler time; negative: none seen yet
-    std::uint64_t last_started_ticket_ = 0;  ///< of the newest started event taken
     std::uint64_t next_seq_ = 1;
     std::unordered_map<std::uint64_t, lease> leases_;
     // At most `concurrency` entries (plus a few being replaced), so deadlines are found by
@@ -570,7 +569,6 @@ void worker::impl::on_tasks(protocol::tasks&& t) {
 
 void worker::impl::take_events() {
     for (auto& ev : pool_.take_events()) {
-        last_started_ticket_ = std::max(last_started_ticket_, ev.ticket);
         const auto it = leases_.find(ev.run->seq);
         if (it == leases_.end()) {
             continue;  // only leases whose outcome is settled leave the map; none post again
@@ -590,6 +588,11 @@ void worker::impl::take_events() {
             mean_task_us_ < 0 ? us : mean_task_us_ + (us - mean_task_us_) * task_time_weight;
         settle(it, std::move(*ev.result));
     }
+    // A task that kills the process must be known as running before it runs, or it is
+    // charged nothing and kills the next worker too. Waiting for the report costs a loop
+    // turn of the I/O thread per task: nothing next to tasks of a millisecond or more,
+    // most of the throughput for tasks of microseconds, which run without the wait.
+    pool_.set_report_before_run(mean_task_us_ < 0 || mean_task_us_ >= report_before_run_us);
     adapt_prefetch();
 }
 
@@ -597,16 +600,11 @@ void worker::impl::release_started() {
     // Sent, or nobody to send it to (no registration: the leases are the ventilator's to
     // reissue anyway). Only a report the socket refused holds the handlers back.
     if (empty(report_) || !dealer_ || state_ != link_state::welcomed) {
-        pool_.mark_reported(last_started_ticket_);
+        pool_.mark_reported();
     }
 }
 
 void worker::impl::adapt_prefetch() {
-    // A task that kills the process must be known as running before it runs, or it is
-    // charged nothing and kills the next worker too. Waiting for the report costs a loop
-    // turn of the I/O thread per task: nothing next to tasks of a millisecond or more,
-    // most of the throughput for tasks of microseconds, which run without the wait.
-    pool_.set_report_before_run(mean_task_us_ < 0 || mean_task_us_ >= report_before_run_us);
     if (mean_task_us_ < 0 || cfg_.prefetch_max <= cfg_.prefetch) {
         return;
     }
